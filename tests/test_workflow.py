@@ -1,0 +1,142 @@
+"""The Snakemake workflow: config validation, dry runs of every target, lint."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+DEMO_TARGETS = [
+    "results/demo/metrics.json",
+    "results/demo/predictions.json",
+    "results/demo/model.pt",
+    "results/demo/modality_weights.png",
+    "results/demo/ablation.md",
+    "features/demo/irv2.h5",
+    "features/demo/c3d_n32.h5",
+    "features/demo/soundnet_n128.h5",
+    "features/demo/mfcc.h5",
+    "features/demo/decoded/shard0.h5",
+]
+
+
+def load_config() -> dict:
+    with (REPOSITORY / "config.yaml").open() as handle:
+        return yaml.safe_load(handle)
+
+
+def run_snakemake(workdir: Path, config: dict, *arguments: str) -> subprocess.CompletedProcess:
+    """Run the real snakemake on the repository's Snakefile in `workdir` with `config`."""
+    config_path = workdir / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    command = [
+        str(SNAKEMAKE),
+        "--snakefile",
+        str(REPOSITORY / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(config_path),
+        "--cores",
+        "1",
+        *arguments,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def test_config_valid_dry_run(tmp_path: Path) -> None:
+    result = run_snakemake(tmp_path, load_config(), "-n", "--quiet", "rules")
+    assert result.returncode == 0, result.stderr
+    assert "Invalid configuration" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda c: c.update(sed=1), "config key '(top level)': unknown key(s) ['sed']"),
+        (lambda c: c["localizer"].update(epoch=3), "config key 'localizer': unknown key(s) ['epoch']"),
+        (lambda c: c.update(seed="abc"), "config key 'seed': expected type integer, got 'abc'"),
+        (
+            lambda c: c["datasets"]["demo"].update(steps="many"),
+            "config key 'datasets.demo.steps': expected type integer",
+        ),
+        (lambda c: c["decode"].pop("frame_chunk"), "config key 'decode': 'frame_chunk' is a required property"),
+        (
+            lambda c: c["datasets"]["charades"].pop("videos"),
+            "config key 'datasets.charades': 'videos' is a required property",
+        ),
+        (lambda c: c.update(device="gpu"), "config key 'device': expected one of ['auto', 'cpu', 'cuda']"),
+    ],
+    ids=["unknown-top", "unknown-nested", "wrong-type", "wrong-type-nested", "missing", "missing-nested", "enum"],
+)
+def test_config_invalid_names_key(tmp_path: Path, mutate, expected: str) -> None:
+    config = copy.deepcopy(load_config())
+    mutate(config)
+
+    result = run_snakemake(tmp_path, config, "-n")
+
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("target", DEMO_TARGETS)
+def test_dry_run_demo_target(tmp_path: Path, target: str) -> None:
+    result = run_snakemake(tmp_path, load_config(), "-n", target)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Nothing to be done" not in result.stdout
+
+
+def test_dry_run_demo_job_counts(tmp_path: Path) -> None:
+    config = load_config()
+    shards = -(-config["datasets"]["demo"]["generator"]["videos"] // config["datasets"]["demo"]["shard_size"])
+
+    result = run_snakemake(tmp_path, config, "-n", "results/demo/metrics.json")
+
+    assert result.returncode == 0, result.stderr
+    counts = {}
+    for line in result.stdout.splitlines():
+        fields = line.split()
+        if len(fields) == 2 and fields[1].isdigit():
+            counts[fields[0]] = int(fields[1])
+    assert counts["generate_demo"] == 1
+    assert counts["decode_videos"] == shards
+    for name in config["datasets"]["demo"]["modalities"]:
+        assert counts[f"extract_{name}"] == shards
+    assert counts["subsample_features"] == len(config["datasets"]["demo"]["modalities"])
+    assert counts["train_localizer"] == 1
+    assert counts["evaluate_localizer"] == 1
+
+
+def test_missing_charades_message(tmp_path: Path) -> None:
+    result = run_snakemake(tmp_path, load_config(), "-n", "results/charades/metrics.json")
+
+    assert result.returncode != 0
+    message = result.stderr.strip().splitlines()[-1]
+    assert "datasets.charades.videos" in message
+    assert str(tmp_path / "data" / "charades" / "videos") in message
+    assert "https://prior.allenai.org/projects/charades" in message
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_annotation_message(tmp_path: Path) -> None:
+    (tmp_path / "data" / "charades" / "videos").mkdir(parents=True)
+
+    result = run_snakemake(tmp_path, load_config(), "-n", "results/charades/metrics.json")
+
+    assert result.returncode != 0
+    assert "'datasets.charades.annotations." in result.stderr
+    assert "annotation file not found at" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_lint_clean(tmp_path: Path) -> None:
+    result = run_snakemake(tmp_path, load_config(), "--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
