@@ -36,7 +36,7 @@ $(INSTALLED): requirements.txt requirements-nodeps.txt
 demo: install
 	$(VENV)/bin/snakemake --cores $(CORES) --workflow-profile workflow/profiles/local \
 		results/demo/metrics.json results/demo/modality_weights.png
-	$(VENV_PYTHON) -m eval.localization --show results/demo/metrics.json
+	$(VENV_PYTHON) -m eval.show_metrics results/demo/metrics.json
 
 test: install
 	$(VENV_PYTHON) -m pytest

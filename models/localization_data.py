@@ -290,9 +290,6 @@ def write_localization_metrics(
     missing = sorted({query.video_id for query in queries} - store.available)
     failed = sorted(set(read_missing_videos([index_path])) & {query.video_id for query in queries})
 
-    with predictions_path.open(encoding="utf-8") as handle:
-        prediction_header = {key: value for key, value in json.load(handle).items() if key != "queries"}
-
     protocol = {
         "dataset": spec.dataset,
         "format": spec.format,
@@ -304,7 +301,6 @@ def write_localization_metrics(
         "modalities": list(spec.modalities),
         "features": store.provenance(),
         "videos_not_in_folder": failed,
-        "training": prediction_header.get("training", {}),
     }
     metrics = evaluate_predictions(
         predictions_path,
@@ -315,6 +311,7 @@ def write_localization_metrics(
         seed=seed,
         missing_videos=missing,
         protocol=protocol,
+        order_spans=bool(evaluation.get("order_spans", False)),
     )
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = metrics_path.with_name(metrics_path.name + ".tmp")

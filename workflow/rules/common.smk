@@ -73,8 +73,16 @@ def wildcard_choice(names):
     return "|".join(names) if names else "(?!x)x"
 
 
+def generating_dataset(dataset):
+    """The dataset whose `generator` writes this dataset's files, or None if downloaded."""
+    entry = dataset_config(dataset)
+    if "generator" in entry:
+        return dataset
+    return entry.get("generated_by")
+
+
 def is_generated(dataset):
-    return "generator" in dataset_config(dataset)
+    return generating_dataset(dataset) is not None
 
 
 def dataset_extractors(dataset):
@@ -140,8 +148,9 @@ def check_dataset_present(dataset):
 
 
 def generated_video_ids(dataset):
-    count = dataset_config(dataset)["generator"]["videos"]
-    return [f"{dataset}_{index:04d}" for index in range(count)]
+    source = generating_dataset(dataset)
+    count = dataset_config(source)["generator"]["videos"]
+    return [f"{source}_{index:04d}" for index in range(count)]
 
 
 @functools.cache
@@ -202,7 +211,7 @@ def subsampled_features(dataset):
 def videos_source(wildcards):
     """The video folder of a generated dataset (made by generate_demo), else nothing."""
     if is_generated(wildcards.dataset):
-        return [dataset_config(wildcards.dataset)["videos"]]
+        return [dataset_config(generating_dataset(wildcards.dataset))["videos"]]
     return []
 
 

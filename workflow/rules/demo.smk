@@ -18,7 +18,9 @@ rule generate_demo:
     benchmark:
         "benchmarks/runs/generate_demo/{dataset}.tsv"
     wildcard_constraints:
-        dataset=wildcard_choice([name for name in config["datasets"] if is_generated(name)]),
+        dataset=wildcard_choice(
+            [name for name in config["datasets"] if generating_dataset(name) == name]
+        ),
     threads: 1
     resources:
         mem_mb=1000,
