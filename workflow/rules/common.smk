@@ -9,6 +9,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from eval.demo import video_id as demo_video_id
 from extractors.dataset_videos import annotation_video_ids
 
 
@@ -148,9 +149,8 @@ def check_dataset_present(dataset):
 
 
 def generated_video_ids(dataset):
-    source = generating_dataset(dataset)
-    count = dataset_config(source)["generator"]["videos"]
-    return [f"{source}_{index:04d}" for index in range(count)]
+    count = dataset_config(generating_dataset(dataset))["generator"]["videos"]
+    return [demo_video_id(index) for index in range(count)]
 
 
 @functools.cache

@@ -11,5 +11,4 @@ generate_demo_dataset(
     DemoSettings.from_dict(snakemake.params.generator),
     seed=snakemake.params.seed,
     output_dir=Path(snakemake.output.train).parent,
-    prefix=snakemake.wildcards.dataset,
 )
