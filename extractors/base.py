@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 class VideoInput:
     """One video as an extractor receives it.
 
-    `audio` is the mono waveform (float32, `(samples,)`, range [-1, 1]) at `sample_rate` Hz
-    from the decode artifact, or None when the file has no audio stream.
+    `audio` is the mono waveform (float32, `(samples,)`, nominally in [-1, 1] but not clipped,
+    since decoded AAC can pass full scale) at `sample_rate` Hz from the decode artifact, or
+    None when the file has no audio stream.
     """
 
     video_id: str
