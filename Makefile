@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 APT_PACKAGES := ffmpeg default-jre-headless
 CORES ?= 2
 
-.PHONY: install system-packages demo test clean-results
+.PHONY: install system-packages test-packages demo test clean-results
 
 install: system-packages $(INSTALLED)
 
@@ -38,7 +38,11 @@ demo: install
 		results/demo/metrics.json results/demo/modality_weights.png
 	$(VENV_PYTHON) -m eval.show_metrics results/demo/metrics.json
 
-test: install
+# The Slurm tests run a one-node cluster on this machine from Debian's slurm-wlm and munge.
+test-packages:
+	bash tests/install_slurm.sh
+
+test: install test-packages
 	$(VENV_PYTHON) -m pytest
 
 clean-results:
