@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from models.localization_data import (
     keep_available,
     load_queries,
     split_by_video,
+    VideoGroupedBatches,
 )
 from models.localizer import PMILocalizer, localization_loss, pair_names, predict_spans, relevance_targets
 from models.text import Vocabulary, read_glove_cache
@@ -58,13 +58,15 @@ def git_commit() -> str:
 def _move(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     moved = dict(batch)
     moved["video"] = [tensor.to(device) for tensor in batch["video"]]
-    for key in ("video_mask", "words", "word_mask", "spans", "durations"):
+    for key in ("video_mask", "video_index", "words", "word_mask", "spans", "durations"):
         moved[key] = batch[key].to(device)
     return moved
 
 
 def _forward(model: PMILocalizer, batch: dict[str, Any]):
-    return model(batch["video"], batch["video_mask"], batch["words"], batch["word_mask"])
+    return model(
+        batch["video"], batch["video_mask"], batch["words"], batch["word_mask"], video_index=batch["video_index"]
+    )
 
 
 def _batch_loss(model: PMILocalizer, batch: dict[str, Any], config: LocalizerConfig) -> dict[str, torch.Tensor]:
@@ -111,11 +113,9 @@ def _validation_recall(model, loader, dataset: LocalizationDataset, device) -> d
     return recall
 
 
-def _loader(dataset, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_queries, generator=generator
-    )
+def _loader(dataset: LocalizationDataset, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
+    sampler = VideoGroupedBatches(dataset.queries, batch_size, shuffle, seed)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_queries)
 
 
 def _embeddings(config: LocalizerConfig, glove_table: Path | None, vocabulary: Vocabulary):
@@ -133,7 +133,7 @@ def _checkpoint_state(model, optimizer, epoch, best, config, vocabulary, store, 
         "optimizer": optimizer.state_dict(),
         "epoch": epoch,
         "best_recall": best,
-        "config": asdict(config),
+        "config": config.to_dict(),
         "vocabulary": vocabulary.to_dict(),
         "modalities": list(spec.modalities),
         "modality_dims": list(store.dims),
@@ -198,7 +198,7 @@ def train_localizer(
     first_epoch = 0
     if last_path.exists():
         state = torch.load(last_path, map_location=device, weights_only=True)
-        if state["config"] == asdict(config) and state["vocabulary"] == vocabulary.to_dict():
+        if state["config"] == config.to_dict() and state["vocabulary"] == vocabulary.to_dict():
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             first_epoch = state["epoch"] + 1
