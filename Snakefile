@@ -20,6 +20,7 @@ include: "workflow/rules/decode.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/subsample.smk"
 include: "workflow/rules/localization.smk"
+include: "workflow/rules/captioning.smk"
 
 
 rule all:

@@ -142,7 +142,7 @@ def _checkpoint_state(model, optimizer, epoch, best, config, vocabulary, store, 
         "git_commit": git_commit(),
         "device": str(device),
         "seed": seed,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
     }
 
 

@@ -9,6 +9,7 @@ rule generate_demo:
         test="data/{dataset}/charades_sta_test.txt",
         durations="data/{dataset}/durations.csv",
         captions="data/{dataset}/captions.csv",
+        mapping="data/{dataset}/youtube_mapping.txt",
         events="data/{dataset}/events.json",
     params:
         generator=lambda wildcards: dataset_config(wildcards.dataset)["generator"],
