@@ -83,6 +83,33 @@ def _metadata_durations(spec: LocalizationDataSpec, split: str) -> dict[str, flo
     return read_charades_durations(path)
 
 
+def _latest_end_times(path: Path, known: set[str]) -> dict[str, float]:
+    """Stand-in durations (s) for videos with neither metadata nor features.
+
+    Such a video is missing or failed extraction; its queries must still count in the
+    evaluation's denominator, so its duration is taken as its latest annotated end time.
+    """
+    latest: dict[str, float] = {}
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            fields = line.partition("##")[0].split()
+            if len(fields) == 3 and fields[0] not in known:
+                try:
+                    end = float(fields[2])
+                except ValueError:
+                    continue
+                latest[fields[0]] = max(latest.get(fields[0], 0.0), end)
+    if latest:
+        logger.warning(
+            "%d videos in %s have no duration (no metadata, no features); their latest "
+            "annotated end time stands in (first: %s)",
+            len(latest),
+            path,
+            ", ".join(sorted(latest)[:5]),
+        )
+    return latest
+
+
 def load_queries(spec: LocalizationDataSpec, role: str) -> tuple[list[Query], ReadReport]:
     """Read the queries of the training (`role="train"`) or test (`role="test"`) split.
 
@@ -95,10 +122,10 @@ def load_queries(spec: LocalizationDataSpec, role: str) -> tuple[list[Query], Re
     probed = read_artifact_durations(next(iter(spec.features.values())))
     if spec.format == "charades_sta":
         split = role
+        metadata = _metadata_durations(spec, split)
+        fallback = _latest_end_times(spec.annotations[split], set(metadata) | set(probed))
         queries, report = read_charades_sta(
-            spec.annotations[split],
-            _metadata_durations(spec, split),
-            probe_durations=probed,
+            spec.annotations[split], metadata, probe_durations={**fallback, **probed}
         )
     elif spec.format == "activitynet_captions":
         split = "train" if role == "train" else spec.evaluation_split
