@@ -40,6 +40,8 @@ from extractors.weights import (
     load_checked_weights,
     locate_verified_weights,
     parse_precision,
+    parse_pretrained,
+    use_pretrained,
     warn_random_init,
 )
 
@@ -114,7 +116,7 @@ class C3dSettings:
     the number of frames decoded ahead at once (`decode.frame_chunk`).
     """
 
-    pretrained: bool = True
+    pretrained: bool | str = True
     weights: str | None = None
     fps: float | None = None
     clip_length: int = RELEASED_CLIP_LENGTH
@@ -145,7 +147,7 @@ class C3dSettings:
         if len(mean_bgr) != 3:
             raise ValueError(f"invalid extractors.c3d.mean_bgr {list(mean_bgr)}: expected 3 values")
         settings = cls(
-            pretrained=bool(config.get("pretrained", defaults.pretrained)),
+            pretrained=parse_pretrained(config.get("pretrained", defaults.pretrained)),
             weights=config.get("weights", defaults.weights),
             fps=None if fps is None else float(fps),
             clip_length=int(config.get("clip_length", defaults.clip_length)),
@@ -179,7 +181,7 @@ class C3dSettings:
 
 def load_c3d(settings: C3dSettings, device: torch.device) -> tuple[C3D, WeightsIdentity]:
     """Build C3D, load its weights (or random ones) and move it to `device`."""
-    if settings.pretrained:
+    if use_pretrained(settings.pretrained, settings.weights, WEIGHTS_FILE_NAME):
         path, sha256 = locate_verified_weights(
             settings.weights,
             default_file_name=WEIGHTS_FILE_NAME,

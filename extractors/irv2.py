@@ -32,6 +32,8 @@ from extractors.weights import (
     load_checked_weights,
     locate_verified_weights,
     parse_precision,
+    parse_pretrained,
+    use_pretrained,
     warn_random_init,
 )
 
@@ -65,7 +67,7 @@ class Irv2Settings:
     the centre crop (0.875, the usual ImageNet evaluation crop).
     """
 
-    pretrained: bool = True
+    pretrained: bool | str = True
     weights: str | None = None
     fps: float | None = 2.0
     batch_size: int = 16
@@ -85,7 +87,7 @@ class Irv2Settings:
         defaults = cls()
         fps = config.get("fps", defaults.fps)
         settings = cls(
-            pretrained=bool(config.get("pretrained", defaults.pretrained)),
+            pretrained=parse_pretrained(config.get("pretrained", defaults.pretrained)),
             weights=config.get("weights", defaults.weights),
             fps=None if fps is None else float(fps),
             batch_size=int(config.get("batch_size", defaults.batch_size)),
@@ -139,7 +141,7 @@ def build_irv2_network() -> nn.Module:
 
 def load_irv2(settings: Irv2Settings, device: torch.device) -> tuple[Irv2Features, WeightsIdentity]:
     """Build the feature network, load its weights (or random ones) and move it to `device`."""
-    if settings.pretrained:
+    if use_pretrained(settings.pretrained, settings.weights, WEIGHTS_FILE_NAME):
         path, sha256 = locate_verified_weights(
             settings.weights,
             default_file_name=WEIGHTS_FILE_NAME,

@@ -258,16 +258,36 @@ def load_pretrained(
     return load_checked_weights(model, path, sha256)
 
 
+def parse_pretrained(value: object) -> bool | str:
+    """Validate the `pretrained` setting: true, false or "if_cached"."""
+    if isinstance(value, bool) or value == IF_CACHED:
+        return value
+    raise ValueError(f"invalid pretrained setting {value!r}: expected true, false or {IF_CACHED!r}")
+
+
+def use_pretrained(pretrained: bool | str, configured: str | os.PathLike[str] | None, default_file_name: str) -> bool:
+    """Decide whether to load weights: always for true, never for false, and for
+    "if_cached" only when the file is at the configured path or in the torch hub cache."""
+    if pretrained != IF_CACHED:
+        return bool(pretrained)
+    path = Path(configured).expanduser() if configured is not None else hub_checkpoint_dir() / default_file_name
+    return path.is_file()
+
+
 def warn_random_init(extractor_name: str) -> WeightsIdentity:
     """Log that `extractor_name` runs with random weights and return the random-init identity."""
     logger.warning(
-        "%s runs with random weights (pretrained: false); its features carry no learned "
+        "%s runs with random weights (pretrained: false, or if_cached without a cached file); "
+        "its features carry no learned "
         "meaning and the artifact records weights=%s",
         extractor_name,
         RANDOM_INIT,
     )
     return WeightsIdentity.random_init()
 
+
+# `pretrained` value that loads weights when they are present and falls back to random ones.
+IF_CACHED = "if_cached"
 
 PRECISIONS: dict[str, torch.dtype] = {
     "float32": torch.float32,

@@ -247,3 +247,18 @@ def test_autocast_cpu_stays_float32() -> None:
     with torch.inference_mode(), autocast_for("float16", torch.device("cpu")):
         output = layer(torch.ones(2, 4))
     assert output.dtype == torch.float32
+
+
+def test_if_cached_follows_file(tmp_path, monkeypatch) -> None:
+    from extractors.weights import hub_checkpoint_dir, parse_pretrained, use_pretrained
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert not use_pretrained("if_cached", None, "c3d.pickle")
+
+    hub_checkpoint_dir().mkdir(parents=True, exist_ok=True)
+    (hub_checkpoint_dir() / "c3d.pickle").write_bytes(b"x")
+    assert use_pretrained("if_cached", None, "c3d.pickle")
+    assert use_pretrained(True, None, "absent.pth")
+    assert not use_pretrained(False, None, "c3d.pickle")
+    with pytest.raises(ValueError, match="if_cached"):
+        parse_pretrained("yes")
