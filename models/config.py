@@ -130,7 +130,8 @@ class InteractionConfig:
     def from_dict(cls, values: Mapping[str, Any], source: str = "interaction") -> InteractionConfig:
         """Build the settings from a mapping with exactly the keys of this dataclass.
 
-        `source` names the mapping in error messages (for example `config.yaml localizer`).
+        Only the keys of OPTIONAL_INTERACTION_DEFAULTS (ffn_expansion) may be left out and then
+        take their defaults. `source` names the mapping in error messages (for example `config.yaml localizer`).
         Raises ValueError naming any unknown, missing or invalid key.
         """
         values = {"ffn_expansion": OPTIONAL_INTERACTION_DEFAULTS["ffn_expansion"], **values}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -196,8 +197,13 @@ def train_localizer(
     history: list[dict[str, Any]] = []
     best = float("-inf")
     first_epoch = 0
+    state = None
     if last_path.exists():
-        state = torch.load(last_path, map_location=device, weights_only=True)
+        try:
+            state = torch.load(last_path, map_location=device, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError) as error:
+            logger.warning("cannot resume from %s (%s); training from scratch", last_path, error)
+    if state is not None:
         if state["config"] == config.to_dict() and state["vocabulary"] == vocabulary.to_dict():
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])

@@ -157,6 +157,19 @@ def test_word_padding_ignored() -> None:
     assert torch.allclose(padded.relevance, plain.relevance, atol=1e-5)
 
 
+def test_video_index_shares_videos() -> None:
+    model = make_model(tiny_config()).eval()
+    video, video_mask, words, word_mask = query_batch()
+    video_index = torch.tensor([2, 0, 2])
+    shared = model(video, video_mask, words, word_mask, video_index=video_index)
+    repeated = model(
+        [features[video_index] for features in video], video_mask[video_index], words, word_mask
+    )
+    assert torch.allclose(shared.boundary, repeated.boundary, atol=1e-5)
+    assert torch.allclose(shared.alpha, repeated.alpha, atol=1e-6)
+    assert torch.equal(shared.video_mask, video_mask[video_index])
+
+
 def test_vtli_off_adds_sentence() -> None:
     model = make_model(tiny_config(vtli=False)).eval()
     video, video_mask, words, word_mask = query_batch()
