@@ -29,7 +29,7 @@ def plot_modality_weights(predictions_path: Path, output: Path) -> None:
 
     The example query is the first one whose prediction overlaps its ground truth best; its
     panel shades the true span. Predictions of models without pairwise fusion have no
-    weights, and the figure says so instead of plotting.
+    weights, and the figure states that instead of plotting.
     """
     predictions = json.loads(predictions_path.read_text(encoding="utf-8"))
     names, mean_weights = mean_pair_weights(predictions)

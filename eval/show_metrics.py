@@ -1,4 +1,4 @@
-"""Print a localization metrics.json as a table, with coverage and the random baseline.
+"""Print a localization metrics.json as a table beside the random baseline, with coverage.
 
 Usage: python -m eval.show_metrics results/demo/metrics.json
 """
@@ -19,10 +19,6 @@ def main(argv: list[str]) -> int:
     path = Path(argv[0])
     metrics = json.loads(path.read_text(encoding="utf-8"))
     sys.stdout.write(f"{path}\n{format_metrics_table(metrics)}\n")
-    sys.stdout.write(
-        f"queries evaluated: {metrics['queries_evaluated']} of {metrics['queries_total']} "
-        f"(coverage {metrics['coverage']:.3f})\n"
-    )
     return 0
 
 

@@ -1,8 +1,8 @@
 """Queries and aligned video features of a localization dataset, ready for PMI-LOC.
 
-A `LocalizationDataSpec` names everything a localization job reads (annotation files,
-duration files, subsampled feature artifacts); the functions here turn it into query lists,
-torch datasets, the GloVe table and the metrics file.
+A `LocalizationDataSpec` names everything a localization job reads: annotation files,
+duration files and subsampled feature artifacts. The functions here turn it into query
+lists, torch datasets, the GloVe table and the metrics file.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def _metadata_durations(spec: LocalizationDataSpec, split: str) -> dict[str, flo
 def _latest_end_times(path: Path, known: set[str]) -> dict[str, float]:
     """Stand-in durations (s) for videos with neither metadata nor features.
 
-    Such a video is missing or failed extraction; its queries must still count in the
+    Such a video is missing or failed extraction. Its queries must still count in the
     evaluation's denominator, so its duration is taken as its latest annotated end time.
     """
     latest: dict[str, float] = {}
@@ -166,7 +166,7 @@ def split_by_video(
 class VideoFeatureStore:
     """Reads the subsampled features of every modality, one video at a time.
 
-    Each artifact holds `(steps, D_p)` rows per video; `available` lists the videos present
+    Each artifact contains `(steps, D_p)` rows per video, and `available` lists the videos present
     in every modality's artifact.
     """
 
@@ -268,7 +268,7 @@ class LocalizationDataset(Dataset):
 def collate_queries(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Stack a batch, encoding each distinct video once.
 
-    `video` holds one `(V, N, D_p)` tensor per modality for the V distinct videos of the
+    `video` contains one `(V, N, D_p)` tensor per modality for the V distinct videos of the
     batch, and `video_index` `(B,)` maps each query to its video. Every video has exactly N
     steps after subsampling, so `video_mask` `(V, N)` is all True; the word mask marks real
     words of the padded `words` `(B, L)`. `spans` are seconds `(B, 2)`, `durations` seconds
