@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import librosa
+import scipy.fftpack
 import numpy as np
 
 from extractors.base import FeatureExtractor, FeatureSequence, VideoInput
@@ -32,7 +33,9 @@ class MfccSettings:
 
     `window_seconds` and `hop_seconds` are the analysis window and hop (s); `sample_rate`
     (Hz) is the rate the recipe runs at (audio decoded at another rate is resampled);
-    `n_mels` is the number of mel bands before the DCT.
+    `n_mels` is the number of mel bands before the DCT. Audio longer than `block_frames`
+    frames (6,000 frames = 60 s at a 10 ms hop) has its spectrum computed block by block,
+    which bounds memory and gives the same coefficients.
     """
 
     n_mfcc: int = 40
@@ -40,6 +43,7 @@ class MfccSettings:
     hop_seconds: float = 0.010
     sample_rate: int = 22050
     n_mels: int = 128
+    block_frames: int = 6000
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> MfccSettings:
@@ -169,7 +173,18 @@ class MfccExtractor(FeatureExtractor):
                 warnings.filterwarnings(
                     "ignore", message="n_fft=.* is too large", category=UserWarning
                 )
-            coefficients = librosa.feature.mfcc(
+            if len(audio) > settings.block_frames * settings.hop_length:
+                coefficients = self._blockwise_mfcc(np.asarray(audio, dtype=np.float32))
+            else:
+                coefficients = self._single_pass_mfcc(np.asarray(audio, dtype=np.float32))
+        frames = coefficients.T.astype(np.float32)
+        frame_indices = np.arange(len(frames), dtype=np.float64)
+        times = frame_indices * settings.hop_length / settings.sample_rate
+        return FeatureSequence(features=frames, times=times)
+
+    def _single_pass_mfcc(self, audio: np.ndarray) -> np.ndarray:
+        settings = self.settings
+        return librosa.feature.mfcc(
                 y=np.ascontiguousarray(audio, dtype=np.float32),
                 sr=settings.sample_rate,
                 n_mfcc=settings.n_mfcc,
@@ -180,7 +195,35 @@ class MfccExtractor(FeatureExtractor):
                 center=True,
                 pad_mode="constant",
             )
-        frames = coefficients.T.astype(np.float32)
-        frame_indices = np.arange(len(frames), dtype=np.float64)
-        times = frame_indices * settings.hop_length / settings.sample_rate
-        return FeatureSequence(features=frames, times=times)
+
+    def _blockwise_mfcc(self, audio: np.ndarray) -> np.ndarray:
+        """Compute the same coefficients as `_single_pass_mfcc`, `block_frames` at a time.
+
+        The short-time spectrum of a long file is the largest array of the recipe (about
+        130 MB for 10 minutes), so it is built per block. Only the log-mel array stays whole,
+        because librosa clips it at 80 dB below its maximum over the whole file before the DCT.
+        """
+        settings = self.settings
+        n_fft, hop = settings.n_fft, settings.hop_length
+        pad = n_fft // 2
+        total_frames = 1 + len(audio) // hop
+        blocks = []
+        for first in range(0, total_frames, settings.block_frames):
+            last = min(first + settings.block_frames, total_frames)
+            start = first * hop - pad
+            stop = (last - 1) * hop - pad + n_fft
+            segment = audio[max(start, 0) : min(stop, len(audio))]
+            segment = np.pad(segment, (max(0, -start), max(0, stop - len(audio))))
+            mel = librosa.feature.melspectrogram(
+                y=segment,
+                sr=settings.sample_rate,
+                n_fft=n_fft,
+                hop_length=hop,
+                n_mels=settings.n_mels,
+                window="hann",
+                center=False,
+            )
+            blocks.append(librosa.power_to_db(mel, top_db=None))
+        log_mel = np.concatenate(blocks, axis=1)
+        np.maximum(log_mel, log_mel.max() - 80.0, out=log_mel)
+        return scipy.fftpack.dct(log_mel, axis=0, type=2, norm="ortho")[: settings.n_mfcc]

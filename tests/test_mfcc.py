@@ -143,3 +143,18 @@ def test_real_video_without_audio(extractor: MfccExtractor) -> None:
 def test_registry_unknown_name() -> None:
     with pytest.raises(ValueError, match="irv2, c3d, soundnet, mfcc"):
         build_extractor("vggish", {}, torch.device("cpu"), frame_chunk=8)
+
+
+def test_blockwise_equals_single_pass() -> None:
+    from extractors.mfcc import MfccExtractor, MfccSettings
+
+    rng = np.random.default_rng(0)
+    seconds = 7.3
+    time = np.arange(int(seconds * 22050)) / 22050
+    audio = (0.3 * np.sin(2 * np.pi * 440 * time) + 0.05 * rng.standard_normal(time.size)).astype(np.float32)
+    single = MfccExtractor(MfccSettings(block_frames=10**9)).extract_waveform(audio)
+    blocked = MfccExtractor(MfccSettings(block_frames=97)).extract_waveform(audio)
+
+    assert blocked.features.shape == single.features.shape
+    np.testing.assert_allclose(blocked.features, single.features, rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(blocked.times, single.times)
