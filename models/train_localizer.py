@@ -250,7 +250,10 @@ def train_localizer(
         selection = recall.get(threshold_key(SELECTION_IOU), -record["loss_total"])
         if selection > best:
             best = selection
-            _save(_checkpoint_state(model, optimizer, epoch, best, config, vocabulary, store, spec, device, seed), model_path)
+            # The best checkpoint leaves out the optimizer state (twice the model's size with Adam).
+            best_state = _checkpoint_state(model, optimizer, epoch, best, config, vocabulary, store, spec, device, seed)
+            del best_state["optimizer"]
+            _save(best_state, model_path)
         _save(_checkpoint_state(model, optimizer, epoch, best, config, vocabulary, store, spec, device, seed), last_path)
         history_path.with_name(history_path.name + ".partial").write_text(json.dumps(history))
 
