@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from extractors.base import FeatureExtractor, FeatureSequence, VideoInput
-from extractors.decode import FrameChunk, FrameGeometry, iter_frames, prefetch
+from extractors.decode import FrameChunk, FrameGeometry, prefetched_frames
 from extractors.errors import BadVideoError
 from extractors.weights import (
     WeightsIdentity,
@@ -290,21 +290,15 @@ class C3dExtractor(FeatureExtractor):
 
     def extract(self, video: VideoInput) -> FeatureSequence:
         """Decode 128x171 frames and return `(clips, 4096)` features with each clip's time."""
-        chunks = iter_frames(
+        with prefetched_frames(
             video.path,
             video.probe,
             fps=self.settings.fps,
             geometry=self.settings.geometry(),
             chunk_size=self.settings.frame_chunk,
-        )
-        stream = prefetch(chunks, self.settings.prefetch_depth)
-        try:
+            depth=self.settings.prefetch_depth,
+        ) as stream:
             return self.extract_chunks(stream, video.path)
-        finally:
-            # Stops the decoding thread and its ffmpeg process when extraction fails midway.
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
 
     def center_crop_bgr(self, frames: np.ndarray) -> np.ndarray:
         """Crop RGB frames `(B, 128, 171, 3)` to their centre `(B, 112, 112, 3)` in BGR order."""

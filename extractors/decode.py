@@ -11,6 +11,8 @@ at the display size of the probe.
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import queue
 import re
@@ -517,3 +519,28 @@ def decode_audio(path: Path, probe: VideoProbe, sample_rate: int) -> np.ndarray 
             log.summary(),
         )
     return audio
+
+
+@contextlib.contextmanager
+def prefetched_frames(
+    path: Path | str,
+    probe: VideoProbe,
+    *,
+    fps: float | None,
+    geometry: FrameGeometry,
+    chunk_size: int,
+    depth: int,
+) -> Iterator[Iterator[FrameChunk]]:
+    """Yield `iter_frames` chunks decoded ahead by `prefetch`, stopping both on exit.
+
+    Closing on exit stops the decoding thread and its ffmpeg process also when the consumer
+    fails midway.
+    """
+    chunks = iter_frames(path, probe, fps=fps, geometry=geometry, chunk_size=chunk_size)
+    stream = prefetch(chunks, depth)
+    try:
+        yield stream
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()

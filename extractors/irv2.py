@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from extractors.base import FeatureExtractor, FeatureSequence, VideoInput
-from extractors.decode import FrameChunk, FrameGeometry, iter_frames, prefetch
+from extractors.decode import FrameChunk, FrameGeometry, prefetched_frames
 from extractors.errors import BadVideoError
 from extractors.weights import (
     WeightsIdentity,
@@ -232,21 +232,15 @@ class Irv2Extractor(FeatureExtractor):
 
     def extract(self, video: VideoInput) -> FeatureSequence:
         """Decode frames at `fps` and return `(T, 1536)` features with each frame's time."""
-        chunks = iter_frames(
+        with prefetched_frames(
             video.path,
             video.probe,
             fps=self.settings.fps,
             geometry=self.settings.geometry(),
             chunk_size=self.settings.frame_chunk,
-        )
-        stream = prefetch(chunks, self.settings.prefetch_depth)
-        try:
+            depth=self.settings.prefetch_depth,
+        ) as stream:
             return self.extract_chunks(stream, video.path)
-        finally:
-            # Stops the decoding thread and its ffmpeg process when extraction fails midway.
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
 
     def extract_chunks(self, chunks: Iterable[FrameChunk], source: Path | str) -> FeatureSequence:
         """Run the network on decoded 299x299 RGB chunks; `source` names the file in errors."""

@@ -41,8 +41,8 @@ PROVENANCE_ATTRIBUTES = ("extractor", "weights", "weights_sha256", "layer", "fps
 class LocalizationDataSpec:
     """Files and settings of one localization dataset, as the workflow passes them.
 
-    `annotations` maps split names to annotation files; `durations` maps split names (or
-    `all`) to duration CSV files and is empty when durations come from the videos;
+    `annotations` maps split names to annotation files. `durations` maps split names (or
+    `all`) to duration CSV files, and is empty when durations come from the videos.
     `features` maps each modality (extractor name) to its subsampled artifact of `steps` rows
     per video.
     """
