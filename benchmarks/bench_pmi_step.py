@@ -1,8 +1,8 @@
 """Benchmark one training step of the video PMI: grouped pairs against explicit loops.
 
 Variants, each run in its own process so that its peak memory is its own:
-  grouped    `VideoModalityInteraction`: all pairs of one query modality as grouped matrix
-             products, attention and channel maps of all P pairs as one batched tensor.
+  grouped    `VideoModalityInteraction`: one projection per modality for all its pairs,
+             attention and channel maps of all P pairs as one batched tensor.
   pair_loop  one single-pair `ChannelGatedInteraction` per modality pair in a Python loop
              (each pair still batched over steps), then the same weighted fusion.
   step_loop  a straightforward loop over pairs and over query steps: step i of pair (p, q)
@@ -10,10 +10,17 @@ Variants, each run in its own process so that its peak memory is its own:
              the fusion loops over steps too.
   localizer  the whole `PMILocalizer` (text INT, PMI, VTLI, head, loss) with grouped pairs.
 
-A training step is forward, loss, backward and an Adam update. PMI variants use the loss
+A training step is forward, loss, backward and an Adam update (fused, as in training). PMI variants use the loss
 mean(X_hat^2); the localizer uses `localization_loss`. Model sizes come from the
 `localizer:` section of config.yaml. Before timing, the script checks on a small input that
 step_loop and pair_loop compute the same function (they share weights there).
+
+After the variants the script measures two numbers that bound what batching can gain here:
+the matrix-product FLOPs of one grouped step (counted with torch's FlopCounterMode on the meta
+device, so nothing is computed) and this machine's rate on one large float32 matrix product
+with the same threads. FLOPs over that rate is the time of a step whose every product ran at
+the large-product rate and whose other operations took no time. The step_loop time over it
+is the largest speed-up that any implementation doing the same products could show.
 
 step_loop is timed from its first step by default (--loop-warmup 0) because one step takes
 many minutes at full size. Its first step also allocates Adam's state, which took about 2 s
@@ -43,6 +50,7 @@ from pathlib import Path
 import torch
 import yaml
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -181,6 +189,39 @@ def check_step_loop(config: InteractionConfig) -> float:
     return (looped - batched).abs().max().item()
 
 
+def grouped_step_flops(args: argparse.Namespace) -> int:
+    """Count the matrix-product FLOPs of one grouped training step (forward and backward).
+
+    Model and inputs live on the meta device: shapes propagate, nothing is computed.
+    """
+    interaction = load_config(args.config).interaction
+    with torch.device("meta"):
+        model = VideoModalityInteraction(tuple(args.dims), interaction).train()
+        video = [torch.empty(args.batch, args.steps, dim) for dim in args.dims]
+        mask = torch.ones(args.batch, args.steps, dtype=torch.bool)
+        with FlopCounterMode(display=False) as counter:
+            model(video, mask).features.square().mean().backward()
+    return counter.get_total_flops()
+
+
+def matmul_rate(threads: int, size: tuple[int, int, int] = (4096, 8192, 4096), repeats: int = 3) -> float:
+    """Return the best rate in FLOP/s of a float32 (m, k) @ (k, n) product over `repeats` runs.
+
+    The default shape is FFN_gate's second layer on C3D at batch 32 and N 128: 4096 rows,
+    2 x 4096 hidden units in, 4096 out.
+    """
+    torch.set_num_threads(threads)
+    rows, inner, columns = size
+    left, right = torch.randn(rows, inner), torch.randn(inner, columns)
+    torch.mm(left, right)
+    best = math.inf
+    for _ in range(repeats):
+        began = time.perf_counter()
+        torch.mm(left, right)
+        best = min(best, time.perf_counter() - began)
+    return 2 * rows * inner * columns / best
+
+
 def run_variant(args: argparse.Namespace) -> dict:
     """Time training steps of one variant in this process and return the measurements."""
     torch.set_num_threads(args.threads)
@@ -224,7 +265,7 @@ def run_variant(args: argparse.Namespace) -> dict:
                 return looped(video, mask).square().mean()
 
     model.train()
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
     parameters = sum(p.numel() for p in model.parameters())
     times = []
     for index in range(args.warmup + args.repeats):
@@ -292,6 +333,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         result["load_before"] = load_before
         results.append(result)
 
+    flops = grouped_step_flops(args)
+    rate = matmul_rate(args.threads)
     grouped = next((r for r in results if r["variant"] == "grouped"), None)
     print(f"batch {args.batch}, N {args.steps}, dims {args.dims}, threads {args.threads}, torch {torch.__version__}")
     print("| variant | parameters | median s/step (timed steps) | samples/s | speed-up of grouped | peak RSS GiB | load avg before / after |")
@@ -304,6 +347,17 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{r['samples_per_s']:.2f} | {speedup} | {r['peak_rss_gib']:.2f} | "
             f"{r['load_before'][0]:.2f} / {r['load_after'][0]:.2f} |"
         )
+
+    floor_s = flops / rate
+    print()
+    print(f"Matrix-product FLOPs of one grouped step: {flops / 1e12:.2f} T")
+    print(f"Rate of one large float32 matrix product here: {rate / 1e9:.1f} GFLOP/s ({args.threads} threads)")
+    print(f"Step with every product at that rate and everything else free: {floor_s:.1f} s")
+    if grouped is not None:
+        print(f"grouped reaches {flops / grouped['median_s'] / 1e9:.1f} GFLOP/s, {floor_s / grouped['median_s']:.0%} of that rate")
+    loop = next((r for r in results if r["variant"] == "step_loop"), None)
+    if loop is not None:
+        print(f"Largest speed-up over step_loop of any implementation with the same products: {loop['median_s'] / floor_s:.2f}x")
 
 
 if __name__ == "__main__":

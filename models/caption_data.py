@@ -349,7 +349,7 @@ def write_caption_metrics(
     """
     from eval.captioning import read_predictions, score_captions, software_versions
     from eval.localization import read_missing_videos
-    from models.train_localizer import git_commit
+    from models.checkpoint import git_commit
 
     store = VideoFeatureStore(spec.features, spec.steps)
     split, reports = load_caption_split(spec, "test", store)

@@ -255,6 +255,24 @@ def test_feed_forward_groups_independent() -> None:
     assert torch.allclose(output.mean(dim=-1), torch.zeros(2, 5, 6), atol=1e-5)
 
 
+def test_feed_forward_group_gradients() -> None:
+    torch.manual_seed(0)
+    grouped = FeedForward(4, 3, dropout=0.0, groups=3)
+    single = FeedForward(4, 3, dropout=0.0, groups=1)
+    with torch.no_grad():
+        for name, parameter in single.named_parameters():
+            parameter.copy_(getattr(grouped, name)[1:2])
+    inputs = torch.randn(3, 2, 5, 4)
+
+    grouped(inputs)[1].square().sum().backward()
+    single(inputs[1:2]).square().sum().backward()
+
+    for name, parameter in grouped.named_parameters():
+        assert torch.allclose(parameter.grad[1:2], getattr(single, name).grad, atol=1e-5), name
+        assert torch.count_nonzero(parameter.grad[0]) == 0, name
+        assert torch.count_nonzero(parameter.grad[2]) == 0, name
+
+
 def test_pair_layout_rejects_unordered() -> None:
     with pytest.raises(ValueError, match="ordered by query"):
         PairLayout((3, 4), (3, 4), ((1, 0), (0, 1)))

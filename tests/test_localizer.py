@@ -289,9 +289,11 @@ def test_overfits_four_videos() -> None:
         losses["total"].backward()
         optimizer.step()
         history.append(losses["huber"].item())
-    # 200 steps took 9-15 s on one core of a busy 2-core VM. The loss starts near 0.1.
+    # 200 steps took 9-15 s on one core of a busy 2-core VM. The loss starts near 0.1. At
+    # this learning rate it oscillates near its floor, between about 1e-6 and 3e-4 over the
+    # last steps, so the check takes the lowest of the last 50.
     assert history[0] > 0.01
-    assert history[-1] < 2e-4
+    assert min(history[-50:]) < 1e-4
 
 
 # Targets and predictions

@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import re
 import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import pytest
-import yaml
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+from snakemake_runner import REPOSITORY, load_config, planned_jobs, run_snakemake
+
 SHARED_VIDEOS = REPOSITORY.parent / "shared" / "data" / "videos"
-SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 VIDEOS = {
     "v_ZNVhz7ctTq0": "v_ZNVhz7ctTq0.mp4",  # 14.0 s, mono AAC
     "video9149": "video9149.mp4",  # 13.0 s, stereo AAC
@@ -57,8 +53,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def pipeline_config(workdir: Path) -> dict:
-    with (REPOSITORY / "config.yaml").open() as handle:
-        config = yaml.safe_load(handle)
+    config = load_config()
     config["datasets"] = {
         "real": {
             "task": "localization",
@@ -95,33 +90,19 @@ def pipeline_config(workdir: Path) -> dict:
     return config
 
 
-def snakemake(workdir: Path, config: dict, *arguments: str, timeout: int = 1800) -> subprocess.CompletedProcess:
-    config_path = workdir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    command = [
-        str(SNAKEMAKE),
-        "--snakefile",
-        str(REPOSITORY / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(config_path),
-        "--cores",
-        "2",
-        *arguments,
-    ]
-    environment = dict(os.environ, TORCH_HOME=str(workdir / "torch_home"))
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment)
+def snakemake(workdir: Path, config: dict, *arguments: str, timeout_s: int = 1800) -> subprocess.CompletedProcess:
+    """Run snakemake on 2 cores with a TORCH_HOME of the run's own, so no cached weights leak in."""
+    return run_snakemake(
+        workdir, config, *arguments, cores=2, timeout_s=timeout_s,
+        environment={"TORCH_HOME": str(workdir / "torch_home")},
+    )  # fmt: skip
 
 
-def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
-    """Parse the job counts table of a dry run: rule name -> number of jobs."""
-    counts = {}
-    for line in result.stdout.splitlines():
-        match = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
-        if match and match.group(1) not in ("total", "count"):
-            counts[match.group(1)] = int(match.group(2))
-    return counts
+def dry_run_jobs(workdir: Path, config: dict, *arguments: str) -> dict[str, int]:
+    """Return the jobs a dry run of `arguments` plans: rule name -> number of jobs."""
+    result = snakemake(workdir, config, "-n", *arguments)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return planned_jobs(result.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +195,7 @@ def test_rerun_steps_skips_extraction(pipeline_run) -> None:
     changed = copy.deepcopy(config)
     changed["datasets"]["real"]["steps"] = 8
 
-    jobs = planned_jobs(snakemake(workdir, changed, "-n", "results/real/metrics.json"))
+    jobs = dry_run_jobs(workdir, changed, "results/real/metrics.json")
 
     assert jobs["subsample_features"] == 3
     assert jobs["train_localizer"] == 1
@@ -228,7 +209,7 @@ def test_rerun_training_setting(pipeline_run) -> None:
     changed = copy.deepcopy(config)
     changed["datasets"]["real"]["localizer"]["learning_rate"] = 0.001
 
-    jobs = planned_jobs(snakemake(workdir, changed, "-n", "results/real/metrics.json"))
+    jobs = dry_run_jobs(workdir, changed, "results/real/metrics.json")
 
     assert set(jobs) == {"train_localizer", "predict_localizer", "evaluate_localizer"}
 
@@ -236,9 +217,7 @@ def test_rerun_training_setting(pipeline_run) -> None:
 def test_rerun_forcerun_mfcc(pipeline_run) -> None:
     workdir, config = pipeline_run
 
-    jobs = planned_jobs(
-        snakemake(workdir, config, "-n", "--forcerun", "extract_mfcc", "--", "features/real/mfcc_n16.h5")
-    )
+    jobs = dry_run_jobs(workdir, config, "--forcerun", "extract_mfcc", "--", "features/real/mfcc_n16.h5")
 
     # Shards cut all annotated ids, the absent video's included: ceil(5 / 2) = 3.
     assert jobs["extract_mfcc"] == 3

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+from snakemake_runner import load_config, planned_jobs, run_snakemake
+
 DEMO_TARGETS = [
     "results/demo/metrics.json",
     "results/demo/predictions.json",
@@ -24,30 +21,6 @@ DEMO_TARGETS = [
     "features/demo/mfcc.h5",
     "features/demo/decoded/shard0.h5",
 ]
-
-
-def load_config() -> dict:
-    with (REPOSITORY / "config.yaml").open() as handle:
-        return yaml.safe_load(handle)
-
-
-def run_snakemake(workdir: Path, config: dict, *arguments: str) -> subprocess.CompletedProcess:
-    """Run the real snakemake on the repository's Snakefile in `workdir` with `config`."""
-    config_path = workdir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    command = [
-        str(SNAKEMAKE),
-        "--snakefile",
-        str(REPOSITORY / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(config_path),
-        "--cores",
-        "1",
-        *arguments,
-    ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
 def test_config_valid_dry_run(tmp_path: Path) -> None:
@@ -100,11 +73,7 @@ def test_dry_run_demo_job_counts(tmp_path: Path) -> None:
     result = run_snakemake(tmp_path, config, "-n", "results/demo/metrics.json")
 
     assert result.returncode == 0, result.stderr
-    counts = {}
-    for line in result.stdout.splitlines():
-        fields = line.split()
-        if len(fields) == 2 and fields[1].isdigit():
-            counts[fields[0]] = int(fields[1])
+    counts = planned_jobs(result.stdout)
     assert counts["generate_demo"] == 1
     assert counts["decode_videos"] == shards
     for name in config["datasets"]["demo"]["modalities"]:
