@@ -62,8 +62,10 @@ class ReadReport:
     for ActivityNet Captions). `queries`: entries kept. `videos`: distinct video ids among the
     entries read; `videos_with_queries`: among the kept ones. `clipped`: kept queries whose span
     was changed by clipping to [0, duration]. `dropped`: entries not kept, each listed in
-    `dropped_entries` as (query id, reason). `durations_from_metadata` and `durations_probed`
-    count videos by the source of their duration.
+    `dropped_entries` as (query id, reason). `durations_from_metadata`, `durations_probed`
+    and `durations_from_annotation_end` count videos by the source of their duration; the
+    last is for videos with neither metadata nor a probed file (missing or undecodable),
+    whose latest annotated end time is used instead.
     """
 
     lines: int = 0
@@ -74,6 +76,7 @@ class ReadReport:
     dropped: int = 0
     durations_from_metadata: int = 0
     durations_probed: int = 0
+    durations_from_annotation_end: int = 0
     dropped_entries: list[tuple[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,6 +90,7 @@ class ReadReport:
             "dropped": self.dropped,
             "durations_from_metadata": self.durations_from_metadata,
             "durations_probed": self.durations_probed,
+            "durations_from_annotation_end": self.durations_from_annotation_end,
             "dropped_entries": [list(entry) for entry in self.dropped_entries],
         }
 

@@ -279,7 +279,8 @@ def _match_predictions(
             if not order_spans:
                 raise ValueError(
                     f"{where}: invalid prediction, start {start:g} s > end {end:g} s "
-                    f"(set order_spans to swap such spans)"
+                    f"(to swap such spans, pass --order-spans on the command line or set "
+                    f"evaluation.order_spans: true in config.yaml)"
                 )
             start, end = end, start
             ordered += 1
@@ -506,7 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--predictions", required=True, type=Path, metavar="JSON",
                         help='predictions JSON {"queries": [{query_id, video_id, start, end}]}, '
-                        "times in seconds")
+                        "times in seconds. query_id is <video>#<line> (1-based line number) "
+                        "for Charades-STA and <video>#<index> (0-based sentence position) for "
+                        "ActivityNet Captions")
     parser.add_argument("--annotations", required=True, nargs="+", metavar="PATH",
                         help="annotation file (Charades-STA text); for ActivityNet Captions one "
                         "or more JSON files joined per video, or a folder with train.json, "

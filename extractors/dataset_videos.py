@@ -14,12 +14,24 @@ from pathlib import Path
 
 
 def _charades_sta_ids(path: Path) -> set[str]:
+    """Read the ids of `VIDEO START END##SENTENCE` lines; blank lines are skipped.
+
+    Raises ValueError naming the file and line when a line lacks `##` or has other than
+    three fields before it (an id with a space cannot be separated from its times), so the
+    workflow stops before any extraction rather than in training.
+    """
     ids = set()
     with path.open(encoding="utf-8-sig") as lines:
-        for line in lines:
-            head = line.split("##", 1)[0].split()
-            if head:
-                ids.add(head[0])
+        for line_number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            head, separator, _ = line.strip().partition("##")
+            fields = head.split()
+            if not separator or len(fields) != 3:
+                raise ValueError(
+                    f"{path}:{line_number}: expected 'VIDEO START END##SENTENCE', got {line.strip()!r}"
+                )
+            ids.add(fields[0])
     return ids
 
 

@@ -98,7 +98,9 @@ def resolve_weights(
     raise WeightsNotFoundError(
         f"weights file {default_file_name} not found in {folder} ({checksum}). "
         f"It cannot be downloaded here: copy {default_file_name} into {folder} "
-        f"(the torch hub cache, moved by $TORCH_HOME), or set {where} to its path."
+        f"(the torch hub cache, moved by $TORCH_HOME), or set {where} to its path. "
+        f"For a trial run without the file, set the extractor's pretrained key to false "
+        f"(random weights) or if_cached."
     )
 
 

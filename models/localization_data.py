@@ -127,6 +127,9 @@ def load_queries(spec: LocalizationDataSpec, role: str) -> tuple[list[Query], Re
         queries, report = read_charades_sta(
             spec.annotations[split], metadata, probe_durations={**fallback, **probed}
         )
+        # The reader counts the stand-ins as probed: they were passed as probe durations.
+        report.durations_probed -= len(fallback)
+        report.durations_from_annotation_end = len(fallback)
     elif spec.format == "activitynet_captions":
         split = "train" if role == "train" else spec.evaluation_split
         files = activitynet_split_files(spec.annotations, split)

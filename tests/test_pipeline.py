@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -143,6 +144,9 @@ def test_pipeline_protocol_provenance(pipeline_run) -> None:
     assert protocol["features"]["soundnet"]["layer"] == "conv7"
     assert protocol["duration_source"] == "probed from the video files"
     assert protocol["videos_not_in_folder"] == ["absent_video"]
+    # The two test videos on disk are probed; the absent one falls back to its annotated end.
+    assert protocol["annotation_report"]["durations_probed"] == 2
+    assert protocol["annotation_report"]["durations_from_annotation_end"] == 1
 
 
 def test_pipeline_subsampled_rows(pipeline_run) -> None:
@@ -212,6 +216,22 @@ def test_rerun_training_setting(pipeline_run) -> None:
     jobs = dry_run_jobs(workdir, changed, "results/real/metrics.json")
 
     assert set(jobs) == {"train_localizer", "predict_localizer", "evaluate_localizer"}
+
+
+def test_rerun_sentence_edit_skips_extraction(pipeline_run) -> None:
+    workdir, config = pipeline_run
+    annotations = workdir / "test.txt"
+    original, status = annotations.read_text(), annotations.stat()
+    annotations.write_text(original.replace("a fire burns in a fireplace.", "a fire burns in the fireplace."))
+
+    try:
+        jobs = dry_run_jobs(workdir, config, "results/real/metrics.json")
+    finally:
+        annotations.write_text(original)
+        os.utime(annotations, ns=(status.st_atime_ns, status.st_mtime_ns))
+
+    assert "evaluate_localizer" in jobs
+    assert set(jobs) <= {"train_localizer", "predict_localizer", "evaluate_localizer"}
 
 
 def test_rerun_forcerun_mfcc(pipeline_run) -> None:

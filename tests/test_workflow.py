@@ -105,6 +105,20 @@ def test_missing_annotation_message(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_malformed_annotation_line_message(tmp_path: Path) -> None:
+    data = tmp_path / "data" / "custom"
+    (data / "videos").mkdir(parents=True)
+    (data / "train.txt").write_text("a 0.0 1.0##a person opens a door.\n")
+    (data / "test.txt").write_text("a 0.0 1.0##fine.\nb 1.0 2.0 no separator here\n")
+
+    result = run_snakemake(tmp_path, load_config(), "-n", "results/custom/metrics.json")
+
+    assert result.returncode != 0
+    assert "Dataset 'custom': invalid annotation file:" in result.stderr
+    assert "test.txt:2: expected 'VIDEO START END##SENTENCE'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_lint_clean(tmp_path: Path) -> None:
     result = run_snakemake(tmp_path, load_config(), "--lint")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -125,7 +125,7 @@ def _exit_dataset_missing(dataset, key, looked_in, what):
     entry = dataset_config(dataset)
     sys.exit(
         f"Dataset '{dataset}': {what} not found at {looked_in}. Set config key "
-        f"'datasets.{dataset}.{key}' to where you keep it. The dataset is published at: "
+        f"'datasets.{dataset}.{key}' to where you keep it. Source of the dataset: "
         f"{entry['source']}"
     )
 
@@ -160,7 +160,10 @@ def dataset_video_ids(dataset):
         return generated_video_ids(dataset)
     check_dataset_present(dataset)
     entry = dataset_config(dataset)
-    return annotation_video_ids(entry["format"], annotation_paths(dataset))
+    try:
+        return annotation_video_ids(entry["format"], annotation_paths(dataset))
+    except (ValueError, KeyError, UnicodeDecodeError) as error:
+        sys.exit(f"Dataset '{dataset}': invalid annotation file: {error}")
 
 
 def shard_count(dataset):

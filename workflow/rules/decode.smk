@@ -1,9 +1,10 @@
 # Probe every video, decode its audio, and record both per shard of videos.
 
 
+# The index depends on the annotations only through the set of video ids, a param, so
+# editing a sentence or a span does not index, decode and extract again.
 rule index_videos:
     input:
-        annotations=lambda wildcards: dataset_inputs(wildcards.dataset),
         videos=videos_source,
     output:
         "features/{dataset}/videos.tsv",
