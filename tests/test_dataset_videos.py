@@ -45,7 +45,7 @@ def test_charades_ids_reject_malformed_line(tmp_path: Path, line: str) -> None:
     path = tmp_path / "test.txt"
     path.write_text(f"a 0.0 1.0##fine.\n{line}\n")
 
-    with pytest.raises(ValueError, match=rf"test\.txt:2: expected 'VIDEO START END##SENTENCE'"):
+    with pytest.raises(ValueError, match=r"test\.txt:2: expected 'VIDEO START END##SENTENCE'"):
         annotation_video_ids("charades_sta", {"test": path})
 
 
