@@ -200,6 +200,21 @@ def _parse_float(text: str, where: str, name: str) -> float:
         raise ValueError(f"{where}: {name} {text!r} is not a number") from None
 
 
+def split_charades_sta_line(line: str, where: str) -> tuple[str, str, str, str]:
+    """Split a stripped, non-blank `VIDEO START END##SENTENCE` line into its four texts.
+
+    Raises ValueError naming `where` (file and line) when the line lacks `##` or has other
+    than three fields before it. A video id with a space is such a line.
+    """
+    head, separator, sentence = line.partition("##")
+    fields = head.split()
+    if not separator or len(fields) != 3:
+        raise ValueError(f"{where}: expected 'VIDEO START END##SENTENCE', got {line!r}")
+
+    video_id, start_text, end_text = fields
+    return video_id, start_text, end_text, sentence
+
+
 def read_charades_durations(csv_path: Path | str) -> dict[str, float]:
     """Read video durations (s) from a CSV with the columns `id` and `length`.
 
@@ -300,13 +315,7 @@ def read_charades_sta(
             if not line:
                 continue
             where = f"{path}:{line_number}"
-            head, separator, sentence = line.partition("##")
-            fields = head.split()
-            if not separator or len(fields) != 3:
-                raise ValueError(
-                    f"{where}: expected 'VIDEO START END##SENTENCE', got {line!r}"
-                )
-            video_id, start_text, end_text = fields
+            video_id, start_text, end_text, sentence = split_charades_sta_line(line, where)
             start = _parse_float(start_text, where, "start")
             end = _parse_float(end_text, where, "end")
             duration = _resolve_duration(video_id, durations, probe_durations, sources)

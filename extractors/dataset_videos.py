@@ -1,9 +1,8 @@
-"""Video ids named by a dataset's annotation files, read without parsing the annotations.
+"""Video ids named by a dataset's annotation files, read without building queries.
 
-The workflow calls this while it builds the job graph, so it reads only the field that
-holds the video id and imports nothing heavy.
+The workflow calls this while it builds the job graph, so it imports nothing heavy: the
+Charades-STA line check comes from `eval.annotations`, which uses the standard library only.
 """
-
 from __future__ import annotations
 
 import csv
@@ -12,26 +11,21 @@ import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from eval.annotations import split_charades_sta_line
+
 
 def _charades_sta_ids(path: Path) -> set[str]:
-    """Read the ids of `VIDEO START END##SENTENCE` lines; blank lines are skipped.
+    """Read the ids of `VIDEO START END##SENTENCE` lines, skipping blank lines.
 
-    Raises ValueError naming the file and line when a line lacks `##` or has other than
-    three fields before it (an id with a space cannot be separated from its times), so the
-    workflow stops before any extraction rather than in training.
+    A malformed line raises ValueError naming the file and line. The workflow reads these ids
+    while it builds the job graph, so such a line stops it before any extraction.
     """
     ids = set()
     with path.open(encoding="utf-8-sig") as lines:
         for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            head, separator, _ = line.strip().partition("##")
-            fields = head.split()
-            if not separator or len(fields) != 3:
-                raise ValueError(
-                    f"{path}:{line_number}: expected 'VIDEO START END##SENTENCE', got {line.strip()!r}"
-                )
-            ids.add(fields[0])
+            if line.strip():
+                video_id, _, _, _ = split_charades_sta_line(line.strip(), f"{path}:{line_number}")
+                ids.add(video_id)
     return ids
 
 

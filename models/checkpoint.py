@@ -1,7 +1,7 @@
 """Checkpoint files of the trained models: provenance entries, atomic saves, rounding for JSON.
 
 PMI-LOC and PMI-CAP checkpoints carry the same provenance, so a checkpoint found on disk
-says which data, features, code and software made it.
+records which data, features, code and software made it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def provenance(
     device: torch.device,
     seed: int,
 ) -> dict[str, Any]:
-    """Return the checkpoint entries that say what a model was trained on and with what code.
+    """Return the checkpoint entries that record the training data, code and software.
 
     modality_dims: feature size of each modality, in the order of `modalities`; a model is
     rebuilt from them at load time. steps: feature steps N per video.
@@ -57,9 +57,9 @@ def provenance(
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write `state` with torch.save so that `path` never holds a partly written file.
+    """Write `state` with torch.save so that `path` never contains a partly written file.
 
-    The state goes to a temporary file beside `path` first and is then renamed over it; a
+    The state goes to a temporary file beside `path` first and is then renamed over it. A
     killed job leaves at most the temporary file, which no rule takes as an output.
     """
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Run the real snakemake on the repository's Snakefile from tests, and read its dry runs."""
+"""Test helpers: a real snakemake run on the repository's Snakefile, and its dry-run job counts."""
 
 from __future__ import annotations
 
